@@ -1,0 +1,1 @@
+"""VideoReward model: video pre-processing, reward model and scoring."""
