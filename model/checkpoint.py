@@ -92,11 +92,15 @@ def _config_for(path: Path, output_dim: int) -> Qwen2VLConfig:
 
 def _strict_from_pretrained(path: Path, config: Qwen2VLConfig, dtype: torch.dtype, *, allow_missing_head: bool, **kw):
     model, info = VideoRewardModel.from_pretrained(
-        path, config=config, dtype=dtype, output_loading_info=True, **kw
+        # mismatches are collected and reported by us (as CheckpointError), not raised as RuntimeError
+        path, config=config, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True, **kw
     )
     missing = sorted(info.get("missing_keys", ()))
     unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not k.startswith("lm_head."))
-    mismatched = sorted(str(m) for m in info.get("mismatched_keys", ()))
+    mismatched = sorted(
+        f"{m[0]} (checkpoint {tuple(m[1])}, model {tuple(m[2])})" if isinstance(m, tuple) and len(m) == 3 else str(m)
+        for m in info.get("mismatched_keys", ())
+    )
     if allow_missing_head:
         missing = [k for k in missing if k != "rm_head.weight"]
     problems = []
