@@ -96,9 +96,10 @@ def resolve_device(name: str | torch.device = "cpu") -> torch.device:
     return torch.device(spec)
 
 
-def dist_backend(device: torch.device) -> str:
-    """The collective backend for a device type: cpu→gloo, cuda→nccl, npu→hccl."""
-    return DIST_BACKENDS[device.type]
+def dist_backend(device: torch.device | str) -> str:
+    """The collective backend for a device (or device type): cpu→gloo, cuda→nccl, npu→hccl."""
+    kind = device.type if isinstance(device, torch.device) else str(device).partition(":")[0]
+    return DIST_BACKENDS[kind]
 
 
 def synchronize(device: torch.device) -> None:
