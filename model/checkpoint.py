@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoProcessor, Qwen2VLConfig, ProcessorMixin
+from transformers import AutoProcessor, ProcessorMixin, Qwen2VLConfig
 
 from .errors import CheckpointError
 from .modeling import LEGACY_KEY_PATTERNS, VideoRewardModel
