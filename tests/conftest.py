@@ -57,3 +57,11 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_norm_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """As tiny_ckpt (same seed, same weights) but with the published normalisation statistics."""
     return make_checkpoint(tmp_path_factory.mktemp("ckpt"), "tiny_norm", normalization=VIDEOREWARD_NORMALIZATION)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A plain Qwen2-VL directory laid out like Qwen2-VL-2B-Instruct (old key names, no reward tokens)."""
+    from model.tiny import write_base
+
+    return write_base(tmp_path_factory.mktemp("base") / "base", seed=0)
