@@ -521,6 +521,7 @@ class VideoMetadata:
     codec: str
     container: str
     frame_count_source: FrameCountSource
+    num_streams: int = 1  # all streams in the container (video, audio, subtitles, data)
 
     @property
     def pixels(self) -> int:
@@ -579,6 +580,7 @@ def _probe(src: _Source) -> VideoMetadata:
             codec=str(codec_context.name),
             container=str(container.format.name),
             frame_count_source=source,
+            num_streams=len(container.streams),
         )
 
 
