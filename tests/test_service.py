@@ -357,3 +357,13 @@ def test_bad_settings_fail_fast(tmp_path):
     out = subprocess.run([sys.executable, "-m", "service", "--checkpoint", str(tmp_path / "missing")],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "does not exist" in out.stderr
+
+
+def test_request_deadline_gives_504_and_frees_capacity(tiny_ckpt, media):
+    s = settings_for(tiny_ckpt, media, request_timeout_s=0.3, cache_size=0)
+    with ServerThread(create_app(s, engine_factory=SlowEngine)) as srv:
+        r = _post(srv, {"items": [{"video": {"base64": b64(media["good"])}, "prompt": "slow"}]})
+        assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded"
+        time.sleep(1.5)  # the abandoned forward finishes; nothing stays admitted
+        assert metric(httpx.get(srv.url + "/metrics").text, "videoreward_inflight_items") == 0
+        assert httpx.get(srv.url + "/readyz").status_code == 200
