@@ -142,6 +142,17 @@ class ServiceState:
         self.load_error: str | None = None
         self.draining = False
         self.active_requests = 0
+        self.fatal_reason: str | None = None
+        self.on_fatal: Callable[[str], None] | None = None
+
+    def fatal(self, reason: str) -> None:
+        """The engine cannot recover (e.g. a tensor-parallel rank died): not ready, and ask the server to exit."""
+        if self.fatal_reason is None:
+            self.fatal_reason = reason
+            self.metrics.ready.set(0)
+            logger.error("fatal: %s; the process will exit non-zero so a supervisor restarts it", reason)
+            if self.on_fatal is not None:
+                self.on_fatal(reason)
 
     @property
     def ready(self) -> bool:
@@ -155,6 +166,8 @@ class ServiceState:
         )
 
     def not_ready_reason(self) -> str:
+        if self.fatal_reason:
+            return f"engine failed: {self.fatal_reason}"
         if self.draining:
             return "draining: the server is shutting down"
         if self.load_error:
@@ -165,18 +178,25 @@ class ServiceState:
             return "the model engine is not alive"
         return "the batcher is not running"
 
-    async def start(self, engine_factory: Callable[[VideoRewardScorer], Engine] | None) -> None:
+    async def start(
+        self,
+        engine_factory: Callable[[VideoRewardScorer], Engine] | None,
+        scorer_factory: Callable[[], VideoRewardScorer] | None,
+    ) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
+        load = scorer_factory or (lambda: VideoRewardScorer.from_pretrained(s.checkpoint, device=s.device, dtype=s.dtype))
         try:
-            self.scorer = await loop.run_in_executor(
-                None, lambda: VideoRewardScorer.from_pretrained(s.checkpoint, device=s.device, dtype=s.dtype)
-            )
+            self.scorer = await loop.run_in_executor(None, load)
         except Exception as e:
             self.load_error = str(e)
             logger.error("could not load checkpoint %s: %s", s.checkpoint, e)
+            if scorer_factory is not None:  # a custom (e.g. multi-rank) load cannot be retried in place
+                self.fatal(f"model load failed: {e}")
             return
         self.engine = (engine_factory or LocalEngine)(self.scorer)
+        if hasattr(self.engine, "start_heartbeat"):
+            self.engine.start_heartbeat()
         self.batcher = Batcher(
             self.engine,
             max_batch_size=s.max_batch_size,
@@ -368,12 +388,15 @@ def create_app(
     settings: Settings,
     *,
     engine_factory: Callable[[VideoRewardScorer], Engine] | None = None,
+    scorer_factory: Callable[[], VideoRewardScorer] | None = None,
 ) -> FastAPI:
+    """The app. ``scorer_factory`` and ``engine_factory`` replace the single-device load and engine
+    (the tensor-parallel launcher passes both)."""
     state = ServiceState(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        loader = asyncio.create_task(state.start(engine_factory))
+        loader = asyncio.create_task(state.start(engine_factory, scorer_factory))
         app.state.loader = loader
         try:
             yield
@@ -461,6 +484,7 @@ def create_app(
             normalize_default=svc.scorer.default_normalize(),
             device=info["device"],
             dtype=info["dtype"],
+            tp=s.tp,
             parameters=info["parameters"],
             batching={
                 "max_batch_size": s.max_batch_size, "max_batch_tokens": s.max_batch_tokens,

@@ -126,6 +126,7 @@ class ModelInfo(BaseModel):
     normalize_default: bool
     device: str
     dtype: str
+    tp: int = Field(description="tensor-parallel degree (ranks sharing the model)")
     parameters: int
     batching: dict
     limits: dict

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     checkpoint: Path = Field(description="serving checkpoint directory")
     device: str = Field("cpu", description="cpu, cuda[:N], npu[:N] or auto")
     dtype: str = Field("fp32", description="fp32, bf16 or fp16")
+    tp: int = Field(1, ge=1, le=64, description="tensor-parallel degree; run under torchrun --nproc-per-node TP")
+    tp_timeout_s: float = Field(60.0, gt=0, description="bound on any collective: a stuck or dead rank is detected within it")
+    tp_heartbeat_s: float = Field(2.0, gt=0, description="idle heartbeat interval from rank 0 to the other ranks")
 
     # --- network --------------------------------------------------------------
     host: str = "127.0.0.1"
