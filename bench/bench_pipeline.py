@@ -102,7 +102,16 @@ def main() -> None:
             scorer.forward(items[:1])  # warm-up
             batch_ms = timed(lambda items=items, scorer=scorer: scorer.forward(items), args.repeats)
             one_ms = timed(lambda items=items, scorer=scorer: [scorer.forward([it]) for it in items], args.repeats)
+            def vision_only(items=items, scorer=scorer) -> None:
+                with torch.inference_mode():
+                    for it in items:
+                        scorer.model.model.visual(it.pixel_values_videos, grid_thw=it.video_grid_thw[None])
+
+            vision_ms = timed(vision_only, args.repeats)
+            vision_params = sum(p.numel() for p in scorer.model.model.visual.parameters())
             result["forward"][size] = {
+                "vision_parameters_M": round(vision_params / 1e6, 1),
+                "vision_ms_per_video": vision_ms / len(items),
                 "parameters_M": round(params / 1e6, 1),
                 "tokens_per_video": [it.num_tokens for it in items],
                 "prepare_ms_first_video": prep_ms,

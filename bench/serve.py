@@ -1,6 +1,7 @@
 """Benchmark the service under concurrent load against a sequential reference loop. Prints JSON.
 
     python bench/serve.py [--checkpoint DIR | --size tiny|mid] [--clients 8] [--requests 64] [--out FILE]
+    python bench/serve.py --tp 2 [--device cpu|cuda|npu] ...     # tensor-parallel (torchrun, one rank per device)
 
 Starts ``python -m service`` on a loopback port, drives it with N concurrent
 clients (one item per request, distinct prompts so nothing is a cache hit)
@@ -73,6 +74,9 @@ def main() -> None:
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--max-wait-ms", type=float, default=20)
     p.add_argument("--decode-workers", type=int, default=2)
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (starts the service under torchrun)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or npu (each rank takes its local device)")
+    p.add_argument("--dtype", default="fp32")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
 
@@ -93,8 +97,15 @@ def main() -> None:
         port = s.getsockname()[1]
     env = {**os.environ, "VIDEOREWARD_CHECKPOINT": str(ckpt), "VIDEOREWARD_MAX_BATCH_SIZE": str(args.max_batch_size),
            "VIDEOREWARD_MAX_WAIT_MS": str(args.max_wait_ms), "VIDEOREWARD_DECODE_WORKERS": str(args.decode_workers),
-           "VIDEOREWARD_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port)], cwd=ROOT, env=env)
+           "VIDEOREWARD_LOG_LEVEL": "warning", "VIDEOREWARD_DEVICE": args.device, "VIDEOREWARD_DTYPE": args.dtype}
+    launcher = [sys.executable, "-m", "service"]
+    if args.tp > 1:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            master = s.getsockname()[1]
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.tp),
+                    "--master-port", str(master), "-m", "service", "--tp", str(args.tp)]
+    proc = subprocess.Popen([*launcher, "--port", str(port)], cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         client = VideoRewardClient(url)
@@ -115,6 +126,7 @@ def main() -> None:
             list(pool.map(one, work))
         wall = time.perf_counter() - t0
         m1 = client.metrics()
+        engine = client.model()["engine"]
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -127,7 +139,7 @@ def main() -> None:
     batch_hist = {k: h1.get(k, 0) - h0.get(k, 0) for k in h1 if h1.get(k, 0) - h0.get(k, 0)}
 
     # the sequential reference: same model and items, decode then forward at batch 1, one at a time
-    scorer = VideoRewardScorer.from_pretrained(ckpt)
+    scorer = VideoRewardScorer.from_pretrained(ckpt, device=args.device if args.tp == 1 else "cpu" if args.device == "cpu" else f"{args.device}:0", dtype=args.dtype)
     scorer.forward([scorer.prepare(videos[0], "warm-up")])
     t0 = time.perf_counter()
     for v, prompt in work:
@@ -140,6 +152,9 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "checkpoint": str(ckpt),
         "clients": args.clients,
+        "tp": args.tp,
+        "device": args.device,
+        "per_rank_parameter_bytes": engine.get("per_rank_parameter_bytes"),
         "requests": args.requests,
         "service": {
             "throughput_items_per_s": args.requests / wall,
