@@ -90,6 +90,18 @@ def _config_for(path: Path, output_dim: int) -> Qwen2VLConfig:
     return config
 
 
+def key_problems(missing: list[str], unexpected: list[str], mismatched: list[str]) -> list[str]:
+    """Human-readable lines for a state dict that does not match its model (empty when it does)."""
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+    if mismatched:
+        problems.append(f"shape mismatches ({len(mismatched)}): {mismatched}")
+    return problems
+
+
 def _strict_from_pretrained(path: Path, config: Qwen2VLConfig, dtype: torch.dtype, *, allow_missing_head: bool, **kw):
     model, info = VideoRewardModel.from_pretrained(
         # mismatches are collected and reported by us (as CheckpointError), not raised as RuntimeError
@@ -103,13 +115,7 @@ def _strict_from_pretrained(path: Path, config: Qwen2VLConfig, dtype: torch.dtyp
     )
     if allow_missing_head:
         missing = [k for k in missing if k != "rm_head.weight"]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys: {unexpected}")
-    if mismatched:
-        problems.append(f"shape mismatches: {mismatched}")
+    problems = key_problems(missing, unexpected, mismatched)
     if info.get("error_msgs"):
         problems.append(f"errors: {info['error_msgs']}")
     if problems:

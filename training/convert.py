@@ -66,7 +66,14 @@ from safetensors.torch import load_file as load_safetensors
 from torch import nn
 from transformers import AutoProcessor, Qwen2VLConfig
 
-from model.checkpoint import WEIGHTS_INDEX_NAME, WEIGHTS_NAME, add_reward_tokens, load_checkpoint, save_checkpoint
+from model.checkpoint import (
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+    add_reward_tokens,
+    key_problems,
+    load_checkpoint,
+    save_checkpoint,
+)
 from model.errors import CheckpointError
 from model.modeling import LEGACY_KEY_PATTERNS, VideoRewardModel
 from model.reward_config import DEFAULT_PROMPT_TEMPLATE, DEFAULT_SPECIAL_TOKENS, REWARD_CONFIG_NAME, RewardConfig
@@ -575,13 +582,7 @@ def _check_against_model(
         for k, v in state.items()
         if k in expected and tuple(v.shape) != expected[k]
     )
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
-    if mismatched:
-        problems.append(f"shape mismatches ({len(mismatched)}): {mismatched}")
+    problems = key_problems(missing, unexpected, mismatched)
     if problems:
         hint = ""
         if len(missing) > 5 and len(unexpected) > 5:
