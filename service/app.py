@@ -303,11 +303,12 @@ async def _read_json(request: Request, model: type) -> Any:
         raise ServiceError("invalid_request", f"invalid JSON body at '{loc}': {first.get('msg')}") from None
 
 
-async def _read_upload(upload: Any, pipeline: ItemPipeline, label: str) -> VideoInput:
+async def _read_upload(upload: Any, pipeline: ItemPipeline, label: str) -> Callable[[], VideoInput]:
+    """Read an uploaded file; returns the (thread-side) step that checks its size and hashes it."""
     if not isinstance(upload, UploadFile):
         raise ServiceError("invalid_request", f"{label} must be a file upload")
     data = await upload.read()
-    return pipeline.resolver.from_bytes(data, repr(upload.filename or label))
+    return lambda: pipeline.resolver.from_bytes(data, repr(upload.filename or label))
 
 
 def _content_kind(request: Request) -> str:
@@ -502,12 +503,18 @@ def create_app(
         )
 
     # -- scoring --------------------------------------------------------------------------------
-    def _parse(pipeline: ItemPipeline, prompt: Any, fps: Any, num_frames: Any, max_pixels: Any, video: Callable[[], VideoInput]) -> ParsedItem:
+    async def _parse(
+        pipeline: ItemPipeline, prompt: Any, fps: Any, num_frames: Any, max_pixels: Any, video: Callable[[], VideoInput]
+    ) -> ParsedItem:
+        """Validate one item. Resolving the video (base64 decode, file read, SHA-256) runs on a thread."""
         item = ParsedItem()
         item.prompt = prompt if isinstance(prompt, str) else ""
         _catch(item, lambda: pipeline.check_prompt(item.prompt))
         item.sampling = _catch(item, lambda: pipeline.sampling(fps, num_frames, max_pixels))
-        item.video = _catch(item, video)
+        try:
+            item.video = await asyncio.to_thread(video)
+        except VideoRewardError as e:
+            item.fail(e)
         return item
 
     def _check_count(n: int, what: str) -> None:
@@ -519,11 +526,12 @@ def create_app(
         if kind == "json":
             body: ScoreRequest = await _read_json(request, ScoreRequest)
             _check_count(len(body.items), "items")
-            parsed = []
-            for i, it in enumerate(body.items):
-                parsed.append(_parse(pipeline, it.prompt, it.fps, it.num_frames, it.max_pixels,
-                                     lambda it=it, i=i: pipeline.resolver.from_ref(it.video, f"items[{i}]")))
-            return parsed, body.normalize
+            parsed = await asyncio.gather(*(
+                _parse(pipeline, it.prompt, it.fps, it.num_frames, it.max_pixels,
+                       lambda it=it, i=i: pipeline.resolver.from_ref(it.video, f"items[{i}]"))
+                for i, it in enumerate(body.items)
+            ))
+            return list(parsed), body.normalize
         form = await request.form(max_files=settings.max_items_per_request * 2 + 1, max_fields=settings.max_items_per_request * 4 + 16)
         videos = form.getlist("video")
         prompts = form.getlist("prompt")
@@ -539,15 +547,8 @@ def create_app(
         normalize = None if norm in (None, "") else str(norm).lower() in ("1", "true", "yes")
         parsed = []
         for i, (v, p) in enumerate(zip(videos, prompts, strict=True)):
-            data = None
-            try:
-                data = await _read_upload(v, pipeline, f"video[{i}]")
-            except VideoRewardError as e:
-                item = ParsedItem()
-                item.fail(e)
-                parsed.append(item)
-                continue
-            parsed.append(_parse(pipeline, p, fps, nf, mp, lambda d=data: d))
+            resolve = await _read_upload(v, pipeline, f"video[{i}]")
+            parsed.append(await _parse(pipeline, p, fps, nf, mp, resolve))
         return parsed, normalize
 
     multipart_score = {
@@ -611,8 +612,12 @@ def create_app(
             if body.tie_threshold is not None:
                 tie = body.tie_threshold
             for i, pr in enumerate(body.pairs):
-                a = _parse(pipeline, pr.prompt, pr.fps, pr.num_frames, pr.max_pixels, lambda pr=pr, i=i: pipeline.resolver.from_ref(pr.video_a, f"pairs[{i}].video_a"))
-                b = _parse(pipeline, pr.prompt, pr.fps, pr.num_frames, pr.max_pixels, lambda pr=pr, i=i: pipeline.resolver.from_ref(pr.video_b, f"pairs[{i}].video_b"))
+                a, b = await asyncio.gather(
+                    _parse(pipeline, pr.prompt, pr.fps, pr.num_frames, pr.max_pixels,
+                           lambda pr=pr, i=i: pipeline.resolver.from_ref(pr.video_a, f"pairs[{i}].video_a")),
+                    _parse(pipeline, pr.prompt, pr.fps, pr.num_frames, pr.max_pixels,
+                           lambda pr=pr, i=i: pipeline.resolver.from_ref(pr.video_b, f"pairs[{i}].video_b")),
+                )
                 pair_slots.append((len(items), len(items) + 1))
                 items += [a, b]
         else:
@@ -631,13 +636,8 @@ def create_app(
                     raise ServiceError("invalid_request", f"multipart /compare needs file fields video_a and video_b (missing {side})")
             sides = []
             for side in ("video_a", "video_b"):
-                try:
-                    data = await _read_upload(form.get(side), pipeline, side)
-                    sides.append(_parse(pipeline, prompt, fps, nf, mp, lambda d=data: d))
-                except VideoRewardError as e:
-                    it = ParsedItem()
-                    it.fail(e)
-                    sides.append(it)
+                resolve = await _read_upload(form.get(side), pipeline, side)
+                sides.append(await _parse(pipeline, prompt, fps, nf, mp, resolve))
             pair_slots.append((0, 1))
             items = sides
         norm = _normalize_flag(normalize, body_norm, svc.scorer)
