@@ -1,7 +1,7 @@
 """Make small Qwen2-VL checkpoints on the spot (no model hub needed).
 
-    python -m model.tiny OUTDIR [--seed N] [--size tiny|mid]          # serving checkpoint
-    python -m model.tiny OUTDIR --base [--seed N] [--size tiny|mid]   # plain Qwen2-VL dir
+    python -m model.tiny OUTDIR [--seed N] [--size tiny|demo|mid]     # serving checkpoint
+    python -m model.tiny OUTDIR --base [--seed N] [--size tiny|demo|mid]  # plain Qwen2-VL dir
 
 The serving checkpoint is made exactly as a real one is made from
 Qwen2-VL-2B-Instruct: a ``--base`` directory is written first (old key names,
@@ -64,11 +64,24 @@ QWEN2VL_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-# Sizes. "tiny" is for tests (fast on CPU); "mid" (~100M parameters) is for benchmarks.
+# Sizes. "tiny" is for tests (fast on CPU); "demo" is training.demo's model; "mid" (~100M parameters) is for benchmarks.
 SIZES: dict[str, dict] = {
     "tiny": dict(
         text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
         vision=dict(depth=2, embed_dim=32, num_heads=2, mlp_ratio=2),
+    ),
+    # training.demo: small enough to train from scratch on 2 CPU cores in minutes (2.0M parameters).
+    # - Weights start at std 0.08 (~1/sqrt(hidden)), not transformers' 0.02: at 0.02 attention starts
+    #   uniform, and text alignment (matching prompt words to what the video shows) stayed at chance
+    #   for 1,500 steps; at 0.08 it learns within a few hundred.
+    # - rope_theta 10, not Qwen2-VL's 1e6: M-RoPE gives the height and width sections the lowest
+    #   frequencies of a 16-pair rotary half, which at 1e6 turn by < 0.03 rad per grid step, so the
+    #   language model could hardly tell where in a 2x2 token grid the object is (direction, jitter).
+    "demo": dict(
+        text=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2),
+        vision=dict(depth=2, embed_dim=128, num_heads=4, mlp_ratio=2),
+        initializer_range=0.08,
+        rope_theta=10.0,
     ),
     "mid": dict(
         text=dict(hidden_size=640, intermediate_size=1792, num_hidden_layers=12, num_attention_heads=10, num_key_value_heads=2),
@@ -142,6 +155,7 @@ def base_config_dict(tokenizer: Qwen2Tokenizer, size: str = "tiny") -> dict:
     """A flat config.json like Qwen2-VL-2B-Instruct's (old layout: text fields at the top level)."""
     s = SIZES[size]
     t, v = s["text"], s["vision"]
+    init_std = s.get("initializer_range", 0.02)
     head_dim = t["hidden_size"] // t["num_attention_heads"]
     half = head_dim // 2  # mrope sections split the rotary half-dimension into (t, h, w)
     mrope = [half // 4, (half - half // 4) // 2]
@@ -160,11 +174,11 @@ def base_config_dict(tokenizer: Qwen2Tokenizer, size: str = "tiny") -> dict:
         "image_token_id": vocab["<|image_pad|>"],
         "video_token_id": vocab["<|video_pad|>"],
         "hidden_act": "silu",
-        "initializer_range": 0.02,
+        "initializer_range": init_std,
         "max_position_embeddings": 32768,
         "max_window_layers": t["num_hidden_layers"],
         "rms_norm_eps": 1e-06,
-        "rope_theta": 1000000.0,
+        "rope_theta": s.get("rope_theta", 1000000.0),
         "sliding_window": 32768,
         "tie_word_embeddings": True,
         "torch_dtype": "float32",
@@ -176,6 +190,7 @@ def base_config_dict(tokenizer: Qwen2Tokenizer, size: str = "tiny") -> dict:
             "depth": v["depth"], "embed_dim": v["embed_dim"], "mlp_ratio": v["mlp_ratio"], "num_heads": v["num_heads"],
             "in_chans": 3, "hidden_size": t["hidden_size"], "patch_size": 14, "spatial_merge_size": 2,
             "spatial_patch_size": 14, "temporal_patch_size": 2, "hidden_act": "quick_gelu",
+            **({"initializer_range": init_std} if "initializer_range" in s else {}),
         },
         **t,
     }
