@@ -161,7 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as e:
         for err in e.errors():
             loc = ".".join(str(x) for x in err["loc"]) or "settings"
-            print(f"error: {loc}: {err['msg']}", file=sys.stderr)
+            msg = err["msg"]
+            if loc == "checkpoint" and err["type"] == "missing":
+                # no silent default: serving the demo model must be a choice (scripts/serve-demo.sh makes it)
+                msg = (
+                    "no checkpoint: pass --checkpoint DIR (or set VIDEOREWARD_CHECKPOINT) to serve a serving "
+                    "checkpoint; `bash scripts/serve-demo.sh` builds and serves the synthetic demo model"
+                )
+            print(f"error: {loc}: {msg}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr

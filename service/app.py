@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import math
 import secrets
@@ -53,6 +54,8 @@ from .settings import Settings
 logger = logging.getLogger(__name__)
 
 SCORING_ROUTES = ("/score", "/compare")
+# A checkpoint that training.demo built holds this card: {"demo": true, "name": ..., "note": ..., ...}.
+DEMO_CARD_NAME = "demo.json"
 
 
 def checkpoint_id(path: Path) -> str:
@@ -66,6 +69,20 @@ def checkpoint_id(path: Path) -> str:
         st = f.stat()
         h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return f"{path.resolve().name}@{h.hexdigest()[:12]}"
+
+
+def read_demo_card(path: Path) -> dict[str, Any] | None:
+    """The checkpoint's demo card (``demo.json``, written by ``python -m training.demo``), or None for real weights."""
+    f = path / DEMO_CARD_NAME
+    if not f.is_file():
+        return None
+    try:
+        card = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        # still say "demo": a damaged card must not let the demo pass for a real model
+        logger.warning("unreadable %s (%s); treating the checkpoint as a demo model", f, e)
+        return {"demo": True, "note": f"demo checkpoint (unreadable {DEMO_CARD_NAME})"}
+    return card if isinstance(card, dict) and card.get("demo") is True else None
 
 
 def error_response(err: VideoRewardError, *, status: int | None = None) -> JSONResponse:
@@ -139,6 +156,7 @@ class ServiceState:
         self.batcher: Batcher | None = None
         self.pipeline: ItemPipeline | None = None
         self.checkpoint_id = checkpoint_id(settings.checkpoint)
+        self.demo_card = read_demo_card(settings.checkpoint)
         self.load_error: str | None = None
         self.draining = False
         self.active_requests = 0
@@ -212,6 +230,11 @@ class ServiceState:
             self.checkpoint_id, s.checkpoint, info["parameters"] / 1e6, info["device"], info["dtype"],
             info["eval_dims"], "on" if self.scorer.default_normalize() else "off",
         )
+        if self.demo_card is not None:
+            logger.warning(
+                "DEMO MODEL: %s is the synthetic demo (%s), NOT VideoReward. %s",
+                s.checkpoint, self.demo_card.get("name", "demo"), self.demo_card.get("note", ""),
+            )
         self.metrics.ready.set(1)
 
     async def stop(self) -> None:
@@ -487,6 +510,8 @@ def create_app(
             dtype=info["dtype"],
             tp=s.tp,
             parameters=info["parameters"],
+            demo=svc.demo_card is not None,
+            note=svc.demo_card.get("note") if svc.demo_card is not None else None,
             batching={
                 "max_batch_size": s.max_batch_size, "max_batch_tokens": s.max_batch_tokens,
                 "max_wait_ms": s.max_wait_ms, "decode_workers": s.decode_workers, "cache_size": s.cache_size,

@@ -128,6 +128,8 @@ class ModelInfo(BaseModel):
     dtype: str
     tp: int = Field(description="tensor-parallel degree (ranks sharing the model)")
     parameters: int
+    demo: bool = Field(False, description="true for the synthetic demo model built by `python -m training.demo`, not VideoReward")
+    note: str | None = Field(None, description="what the demo model is (from the checkpoint's demo.json); null for real weights")
     batching: dict
     limits: dict
     engine: dict
