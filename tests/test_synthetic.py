@@ -6,6 +6,7 @@ import hashlib
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from model.video import SamplingConfig, load_video, probe
 from training.pairs import read_pairs
@@ -62,3 +63,36 @@ def test_quality_axes_change_what_they_say():
     assert all(x1 < x0 for x0, x1 in zip(xs, xs[1:], strict=False))  # moving left
     wrong = render(scene, Quality(0, 0, 3), np.random.default_rng(0))
     assert not ((wrong[..., 0] > 180) & (wrong[..., 1] < 80)).any()  # colour changed (all attributes wrong)
+
+
+def test_pairs_are_twins_that_differ_only_in_quality():
+    scene = Scene("circle", "red", "left")
+
+    def clip(q, kinds=("noise", "frozen"), other_rng=0):
+        return render(scene, q, np.random.default_rng(other_rng), pair_rng=np.random.default_rng(7),
+                      vq_kind=kinds[0], mq_kind=kinds[1])
+
+    clean = clip(Quality(0, 0, 0))
+    # the same quality gives the same clip whatever the clip's own generator
+    assert np.array_equal(clean, clip(Quality(0, 0, 0), other_rng=1))
+    # a visual degradation leaves the scene where it was: the noisy twin is the clean one plus noise
+    noisy = clip(Quality(2, 0, 0)).astype(int)
+    assert 10 < np.abs(noisy - clean).mean() < 60 and abs((noisy - clean).mean()) < 5
+    # frozen motion (MQ level 2): every frame is the first frame of the clean twin
+    frozen = clip(Quality(0, 2, 0))
+    assert all(np.array_equal(frozen[i], clean[0]) for i in range(len(frozen)))
+    # text alignment: level 2 keeps level 1's wrong attribute and adds a second one
+    one, two = render(scene, Quality(0, 0, 1), np.random.default_rng(0), pair_rng=np.random.default_rng(3)), \
+        render(scene, Quality(0, 0, 2), np.random.default_rng(0), pair_rng=np.random.default_rng(3))
+    assert not np.array_equal(one, clean) and not np.array_equal(two, one)
+
+
+def test_a_pair_shares_its_degradation_kinds(tmp_path):
+    from training.synthetic import MQ_KINDS, VQ_KINDS
+
+    train, _ = generate(tmp_path, n_train=40, n_test=2, seed=1)
+    df = pd.read_csv(train)
+    assert set(df.kind_VQ) <= set(VQ_KINDS) and set(df.kind_MQ) <= set(MQ_KINDS)
+    assert df.kind_VQ.nunique() > 1 and df.kind_MQ.nunique() > 1  # drawn per pair, not fixed
+    with pytest.raises(ValueError, match="vq_kind"):
+        render(Scene("circle", "red", "left"), Quality(1, 0, 0), np.random.default_rng(0), vq_kind="sepia")

@@ -11,10 +11,19 @@ independent quality levels, 0 (best) to 2 (worst):
 - MQ: temporal jitter, stutter (repeated frames), flicker or frozen motion, stronger with the level;
 - TA: the number of the prompt's attributes (colour, shape, direction) the video gets wrong.
 
-A pair shares its prompt; per dimension the label is A, B or same from the
-two levels. The output is a CSV per split in the training format
-(path_A, path_B, prompt, VQ, MQ, TA, fps_A, num_frames_A, fps_B, num_frames_B),
-plus ``videos/``. The split is deterministic for a seed, and the test split's
+A pair shares its prompt and its random draws (the background's shade, the
+object's size and path, which attributes a misaligned clip gets wrong, the
+noise and jitter patterns, and the kind of each degradation): its two clips
+are twins that differ only in their quality levels. So a pair's label is about
+quality, not about an unrelated difference between two clips, and it compares
+two severities of one degradation (noise with more noise, stutter with more
+stutter), never two unrelated ones whose relative badness would be a matter
+of taste. That is what lets a small model learn from a few thousand pairs.
+Per dimension the label is A, B or same from the two levels; the CSV also
+records the levels (``level_<dim>_<side>``) and kinds (``kind_VQ``, ``kind_MQ``).
+
+The output is a CSV per split in the training format (path_A, path_B, prompt,
+VQ, MQ, TA, fps_A, num_frames_A, fps_B, num_frames_B), plus ``videos/``. The split is deterministic for a seed, and the test split's
 videos are rendered separately, so it shares no (prompt, video) item with training.
 """
 
@@ -38,6 +47,8 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), 
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 LEVELS = 3  # 0 best .. 2 worst
 DIMS = ("VQ", "MQ", "TA")
+VQ_KINDS = ("noise", "blur", "blocky")
+MQ_KINDS = ("jitter", "stutter", "frozen", "flicker")
 
 
 @dataclass(frozen=True)
@@ -70,42 +81,71 @@ def _mask(shape: str, size: int, cy: float, cx: float, radius: float) -> np.ndar
 
 
 def _mismatch(scene: Scene, n: int, rng: np.random.Generator) -> Scene:
-    """The scene with ``n`` of its attributes changed (what a misaligned video shows)."""
-    attrs = list(rng.permutation(["shape", "colour", "direction"])[:n])
-    shape, colour, direction = scene.shape, scene.colour, scene.direction
-    if "shape" in attrs:
-        shape = str(rng.choice([s for s in SHAPES if s != shape]))
-    if "colour" in attrs:
-        colour = str(rng.choice([c for c in COLOURS if c != colour]))
-    if "direction" in attrs:
-        direction = str(rng.choice([d for d in DIRECTIONS if d != direction]))
-    return Scene(shape, colour, direction)
+    """The scene with ``n`` of its attributes changed (what a misaligned video shows).
+
+    The draws are the same whatever ``n``: with one generator state, n=2 keeps n=1's wrong attribute.
+    """
+    order = list(rng.permutation(["shape", "colour", "direction"]))
+    replacement = {
+        "shape": str(rng.choice([s for s in SHAPES if s != scene.shape])),
+        "colour": str(rng.choice([c for c in COLOURS if c != scene.colour])),
+        "direction": str(rng.choice([d for d in DIRECTIONS if d != scene.direction])),
+    }
+    attrs = {"shape": scene.shape, "colour": scene.colour, "direction": scene.direction}
+    for name in order[:n]:
+        attrs[name] = replacement[name]
+    return Scene(**attrs)
 
 
-def render(scene: Scene, quality: Quality, rng: np.random.Generator, *, size: int = 64, frames: int = 8) -> np.ndarray:
-    """(T, H, W, 3) uint8 frames of ``scene`` at ``quality``."""
-    shown = _mismatch(scene, quality.ta, rng) if quality.ta else scene
-    # per-video nuisance (shade, size, path offset): no two videos are the same, at any quality
-    low = float(rng.uniform(55, 85))
+def render(
+    scene: Scene,
+    quality: Quality,
+    rng: np.random.Generator,
+    *,
+    size: int = 64,
+    frames: int = 8,
+    pair_rng: np.random.Generator | None = None,
+    vq_kind: str | None = None,
+    mq_kind: str | None = None,
+) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames of ``scene`` at ``quality``.
+
+    ``rng`` draws the kind of each degradation (``VQ_KINDS``, ``MQ_KINDS``; ``vq_kind`` / ``mq_kind``
+    choose one instead). ``pair_rng`` (default ``rng``) draws everything else: the nuisance (background
+    shade, object size, path offset), which attributes a misaligned clip gets wrong, and the noise and
+    jitter patterns. These draws are the same whatever the quality, so two clips whose ``pair_rng`` is
+    seeded alike are twins: they differ only where their quality (or degradation kind) differs, and a
+    stronger level of a degradation is the weaker one amplified.
+    """
+    for name, value, kinds in (("vq_kind", vq_kind, VQ_KINDS), ("mq_kind", mq_kind, MQ_KINDS)):
+        if value is not None and value not in kinds:
+            raise ValueError(f"{name} must be one of {kinds}, got {value!r}")
+    mq = MQ_KINDS.index(mq_kind) if mq_kind is not None else int(rng.integers(len(MQ_KINDS)))
+    vq = VQ_KINDS.index(vq_kind) if vq_kind is not None else int(rng.integers(len(VQ_KINDS)))
+    draws = rng if pair_rng is None else pair_rng
+    shown = _mismatch(scene, quality.ta, draws)
+    # per-clip nuisance (shade, size, path offset): no two pairs look the same, at any quality
+    low = float(draws.uniform(55, 85))
     grad = np.linspace(low, low + 60, size, dtype=np.float32)
     background = np.stack([grad[:, None].repeat(size, 1)] * 3, axis=-1)  # (H, W, 3) grey gradient
-    radius = size * 0.16 * float(rng.uniform(0.85, 1.15))
+    radius = size * 0.22 * float(draws.uniform(0.85, 1.15))
+    offset = draws.uniform(-size * 0.08, size * 0.08, 2)
+    jitter = draws.normal(0, 1, frames)  # (T,)
+    noise = draws.normal(0, 1, (frames, size, size, 3)).astype(np.float32)  # (T, H, W, 3)
     dy, dx = DIRECTIONS[shown.direction]
     travel = size * 0.5
-    offset = rng.uniform(-size * 0.08, size * 0.08, 2)
     start = np.array([size / 2, size / 2]) + offset - np.array([dy, dx]) * travel / 2
     t = np.arange(frames, dtype=np.float32)
     # motion: positions over time, then the MQ degradation of the time axis
     progress = t / max(1, frames - 1)
-    mq_kind = rng.integers(4)
     if quality.mq:
         strength = quality.mq
-        if mq_kind == 0:  # jitter
-            progress = progress + rng.normal(0, 0.12 * strength, frames)
-        elif mq_kind == 1:  # stutter: hold frames
+        if mq == 0:  # jitter: Gaussian offsets along the path, std 12% (level 1) or 24% (level 2) of the travel
+            progress = progress + 0.12 * strength * jitter
+        elif mq == 1:  # stutter: hold frames
             hold = 2 * strength
             progress = progress[(np.arange(frames) // hold) * hold]
-        elif mq_kind == 2:  # frozen for part (level 1) or all (level 2) of the clip
+        elif mq == 2:  # frozen for part (level 1) or all (level 2) of the clip
             progress = np.minimum(progress, 0.0 if strength == 2 else progress[frames // 3])
     centres = start[None, :] + np.outer(progress, np.array([dy, dx]) * travel)
     colour = np.array(COLOURS[shown.colour], dtype=np.float32)
@@ -114,14 +154,13 @@ def render(scene: Scene, quality: Quality, rng: np.random.Generator, *, size: in
         frame = background.copy()
         frame[_mask(shown.shape, size, centres[i, 0], centres[i, 1], radius)] = colour
         video[i] = frame
-    if quality.mq and mq_kind == 3:  # flicker
+    if quality.mq and mq == 3:  # flicker
         gain = 1.0 + (0.35 * quality.mq) * np.where(np.arange(frames) % 2 == 0, 1.0, -1.0)
         video *= gain[:, None, None, None]
     if quality.vq:
-        kind = rng.integers(3)
-        if kind == 0:  # noise
-            video += rng.normal(0, 28.0 * quality.vq, video.shape)
-        elif kind == 1:  # blur: repeated box filter
+        if vq == 0:  # noise
+            video += 28.0 * quality.vq * noise
+        elif vq == 1:  # blur: repeated box filter
             for _ in range(2 * quality.vq):
                 video = (video + np.roll(video, 1, 1) + np.roll(video, -1, 1) + np.roll(video, 1, 2) + np.roll(video, -1, 2)) / 5
         else:  # blockiness: average over blocks
@@ -168,10 +207,17 @@ def generate_split(
         scene = scenes[int(rng.integers(len(scenes)))]
         qa = Quality(*(int(x) for x in rng.integers(LEVELS, size=3)))
         qb = Quality(*(int(x) for x in rng.integers(LEVELS, size=3)))
+        # The pair's shared draws: its clips are twins, degraded (where they are) the same way, so a
+        # label compares severities of one degradation, never two unrelated ones.
+        vq_kind = VQ_KINDS[int(rng.integers(len(VQ_KINDS)))]
+        mq_kind = MQ_KINDS[int(rng.integers(len(MQ_KINDS)))]
+        pair_seed = int(rng.integers(2**63))
         paths = []
         for side, q in (("A", qa), ("B", qb)):
             rel = Path("videos") / f"{split}_{i:05d}_{side}.mp4"
-            write_frames(out / rel, render(scene, q, rng, size=size, frames=frames), fps)
+            clip = render(scene, q, rng, size=size, frames=frames, pair_rng=np.random.default_rng(pair_seed),
+                          vq_kind=vq_kind, mq_kind=mq_kind)
+            write_frames(out / rel, clip, fps)
             paths.append(rel.as_posix())
         rows.append({
             "path_A": paths[0], "path_B": paths[1], "prompt": scene.prompt,
@@ -179,6 +225,7 @@ def generate_split(
             "fps_A": float(fps), "num_frames_A": float(frames), "fps_B": float(fps), "num_frames_B": float(frames),
             "level_VQ_A": qa.vq, "level_MQ_A": qa.mq, "level_TA_A": qa.ta,
             "level_VQ_B": qb.vq, "level_MQ_B": qb.mq, "level_TA_B": qb.ta,
+            "kind_VQ": vq_kind, "kind_MQ": mq_kind,
         })
     return pd.DataFrame(rows)
 
