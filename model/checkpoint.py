@@ -7,7 +7,9 @@ A serving checkpoint is one directory:
   ``model.language_model.*`` and ``rm_head.weight``;
 - tokenizer, processor and chat-template files (``AutoProcessor`` reads them,
   reward tokens included);
-- ``reward_config.json`` (:class:`~model.reward_config.RewardConfig`).
+- ``reward_config.json`` (:class:`~model.reward_config.RewardConfig`);
+- optionally ``demo.json``, the card of a demo model built by ``python -m training.demo``
+  (:func:`read_demo_card`); real weights have none.
 
 Weights are read with safetensors only. No pickle anywhere on this path.
 """
@@ -30,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+# A checkpoint that training.demo built holds this card: {"demo": true, "name": ..., "note": ..., ...}.
+DEMO_CARD_NAME = "demo.json"
 
 @dataclass
 class LoadedCheckpoint:
@@ -38,6 +42,20 @@ class LoadedCheckpoint:
     reward_config: RewardConfig
     path: Path
     reward_token_ids: tuple[int, ...]
+
+
+def read_demo_card(path: Path) -> dict | None:
+    """The checkpoint's demo card (``demo.json``, written by ``python -m training.demo``), or None for real weights."""
+    f = path / DEMO_CARD_NAME
+    if not f.is_file():
+        return None
+    try:
+        card = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        # still say "demo": a damaged card must not let the demo pass for a real model
+        logger.warning("unreadable %s (%s); treating the checkpoint as a demo model", f, e)
+        return {"demo": True, "note": f"demo checkpoint (unreadable {DEMO_CARD_NAME})"}
+    return card if isinstance(card, dict) and card.get("demo") is True else None
 
 
 def _check_dir(path: Path, *, need_reward_config: bool) -> None:

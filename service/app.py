@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import math
 import secrets
@@ -26,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from model.checkpoint import read_demo_card
 from model.errors import VideoRewardError
 from model.scorer import VideoRewardScorer, to_scores
 from model.video import SamplingConfig
@@ -54,8 +54,6 @@ from .settings import Settings
 logger = logging.getLogger(__name__)
 
 SCORING_ROUTES = ("/score", "/compare")
-# A checkpoint that training.demo built holds this card: {"demo": true, "name": ..., "note": ..., ...}.
-DEMO_CARD_NAME = "demo.json"
 
 
 def checkpoint_id(path: Path) -> str:
@@ -69,20 +67,6 @@ def checkpoint_id(path: Path) -> str:
         st = f.stat()
         h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return f"{path.resolve().name}@{h.hexdigest()[:12]}"
-
-
-def read_demo_card(path: Path) -> dict[str, Any] | None:
-    """The checkpoint's demo card (``demo.json``, written by ``python -m training.demo``), or None for real weights."""
-    f = path / DEMO_CARD_NAME
-    if not f.is_file():
-        return None
-    try:
-        card = json.loads(f.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        # still say "demo": a damaged card must not let the demo pass for a real model
-        logger.warning("unreadable %s (%s); treating the checkpoint as a demo model", f, e)
-        return {"demo": True, "note": f"demo checkpoint (unreadable {DEMO_CARD_NAME})"}
-    return card if isinstance(card, dict) and card.get("demo") is True else None
 
 
 def error_response(err: VideoRewardError, *, status: int | None = None) -> JSONResponse:

@@ -10,8 +10,9 @@ import logging
 
 import pytest
 
+from model.checkpoint import DEMO_CARD_NAME
 from model.scorer import VideoRewardScorer
-from service.app import DEMO_CARD_NAME, create_app
+from service.app import create_app
 from service.client import VideoRewardClient
 from service.settings import Settings
 from tests.service_helpers import ServerThread
@@ -120,3 +121,14 @@ def test_service_without_a_checkpoint_points_to_the_demo(monkeypatch, capsys):
     assert service_main([]) == 2
     err = capsys.readouterr().err
     assert "--checkpoint DIR" in err and "scripts/serve-demo.sh" in err
+
+
+def test_a_damaged_demo_card_still_marks_the_demo(tmp_path):
+    from model.checkpoint import read_demo_card
+
+    assert read_demo_card(tmp_path) is None  # real weights: no card
+    (tmp_path / DEMO_CARD_NAME).write_text('{"demo": false}')
+    assert read_demo_card(tmp_path) is None
+    (tmp_path / DEMO_CARD_NAME).write_text("{not json")
+    card = read_demo_card(tmp_path)
+    assert card is not None and card["demo"] is True  # never lets a demo pass for real weights

@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.checkpoint import DEMO_CARD_NAME
 from model.reward_config import REWARD_CONFIG_NAME
 from model.tiny import write_base
 from training.config import FinetuneConfig, config_from_dict
@@ -284,7 +285,6 @@ def write_card(
     final_loss: float | None = None,
 ) -> Path:
     """``demo.json`` (read by the service) and ``DEMO.md`` (for people) in the checkpoint folder."""
-    from service.app import DEMO_CARD_NAME
     built = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     card = {
         "demo": True,
@@ -315,7 +315,6 @@ def write_card(
 
 def is_built(out: str | Path) -> bool:
     """Whether ``out`` holds a finished demo build (scripts/serve-demo.sh checks the same files)."""
-    from service.app import DEMO_CARD_NAME
     ckpt = Path(out) / "checkpoint"
     return (ckpt / REWARD_CONFIG_NAME).is_file() and (ckpt / DEMO_CARD_NAME).is_file()
 
