@@ -120,8 +120,8 @@ def render(
     for name, value, kinds in (("vq_kind", vq_kind, VQ_KINDS), ("mq_kind", mq_kind, MQ_KINDS)):
         if value is not None and value not in kinds:
             raise ValueError(f"{name} must be one of {kinds}, got {value!r}")
-    mq = MQ_KINDS.index(mq_kind) if mq_kind is not None else int(rng.integers(len(MQ_KINDS)))
-    vq = VQ_KINDS.index(vq_kind) if vq_kind is not None else int(rng.integers(len(VQ_KINDS)))
+    mq = mq_kind if mq_kind is not None else MQ_KINDS[int(rng.integers(len(MQ_KINDS)))]
+    vq = vq_kind if vq_kind is not None else VQ_KINDS[int(rng.integers(len(VQ_KINDS)))]
     draws = rng if pair_rng is None else pair_rng
     shown = _mismatch(scene, quality.ta, draws)
     # per-clip nuisance (shade, size, path offset): no two pairs look the same, at any quality
@@ -140,12 +140,12 @@ def render(
     progress = t / max(1, frames - 1)
     if quality.mq:
         strength = quality.mq
-        if mq == 0:  # jitter: Gaussian offsets along the path, std 12% (level 1) or 24% (level 2) of the travel
+        if mq == "jitter":  # Gaussian offsets along the path, std 12% (level 1) or 24% (level 2) of the travel
             progress = progress + 0.12 * strength * jitter
-        elif mq == 1:  # stutter: hold frames
+        elif mq == "stutter":  # hold frames
             hold = 2 * strength
             progress = progress[(np.arange(frames) // hold) * hold]
-        elif mq == 2:  # frozen for part (level 1) or all (level 2) of the clip
+        elif mq == "frozen":  # for part (level 1) or all (level 2) of the clip
             progress = np.minimum(progress, 0.0 if strength == 2 else progress[frames // 3])
     centres = start[None, :] + np.outer(progress, np.array([dy, dx]) * travel)
     colour = np.array(COLOURS[shown.colour], dtype=np.float32)
@@ -154,13 +154,13 @@ def render(
         frame = background.copy()
         frame[_mask(shown.shape, size, centres[i, 0], centres[i, 1], radius)] = colour
         video[i] = frame
-    if quality.mq and mq == 3:  # flicker
+    if quality.mq and mq == "flicker":
         gain = 1.0 + (0.35 * quality.mq) * np.where(np.arange(frames) % 2 == 0, 1.0, -1.0)
         video *= gain[:, None, None, None]
     if quality.vq:
-        if vq == 0:  # noise
+        if vq == "noise":
             video += 28.0 * quality.vq * noise
-        elif vq == 1:  # blur: repeated box filter
+        elif vq == "blur":  # repeated box filter
             for _ in range(2 * quality.vq):
                 video = (video + np.roll(video, 1, 1) + np.roll(video, -1, 1) + np.roll(video, 1, 2) + np.roll(video, -1, 2)) / 5
         else:  # blockiness: average over blocks
